@@ -303,7 +303,7 @@ async fn an_app_change_reaches_the_inbox() {
     let dev = sim.site("dev").unwrap();
     let db = Db::sqlite(&sim);
     let p = Promoter::start(&sim, &db, &[]);
-    let urls = subscribed(&dev, &p, Duration::from_secs(20)).await;
+    let urls = subscribed(&dev, &p, Duration::from_secs(30)).await;
     let store = db.open().await;
 
     let app = app_id(&dev, UNPUBLISHED);
@@ -312,7 +312,7 @@ async fn an_app_change_reaches_the_inbox() {
     let modified = dev.app(&app).unwrap().modified_date;
     let entry = eventually(
         "the change in the inbox",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         &p,
         || async {
             entries_for(&store, &app)
@@ -388,7 +388,7 @@ async fn a_site_restart_is_detected_and_missed_approvals_are_swept() {
     let dev = sim.site("dev").unwrap();
     let db = Db::sqlite(&sim);
     let p = Promoter::start(&sim, &db, &[]);
-    let before = subscribed(&dev, &p, Duration::from_secs(20)).await;
+    let before = subscribed(&dev, &p, Duration::from_secs(30)).await;
     let store = db.open().await;
     let app = app_id(&dev, UNPUBLISHED);
 
@@ -410,15 +410,16 @@ async fn a_site_restart_is_detected_and_missed_approvals_are_swept() {
     let restarted = Instant::now();
     let modified = dev.app(&app).unwrap().modified_date;
 
-    // Subscriptions are back within an interval (1 s, plus a restart of the connection).
-    let after = subscribed(&dev, &p, Duration::from_secs(5)).await;
-    assert!(restarted.elapsed() < Duration::from_secs(5));
+    // Subscriptions are back long before the next slow sweep would find the gap (the check
+    // runs every second here; the bound is generous because CI machines are shared).
+    let after = subscribed(&dev, &p, Duration::from_secs(30)).await;
+    assert!(restarted.elapsed() < Duration::from_secs(30));
     assert_eq!(base_of(&after["update"]), base_of(&before["update"]));
 
     // The approval nobody was told about is found by the sweep after the restart.
     let entry = eventually(
         "the swept app in the inbox",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         &p,
         || async {
             entries_for(&store, &app)
@@ -446,11 +447,11 @@ async fn a_site_restart_is_detected_and_missed_approvals_are_swept() {
         assert!(n <= 6, "{n} subscriptions: {:?}", our_subscriptions(&dev));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    subscribed(&dev, &p, Duration::from_secs(5)).await;
+    subscribed(&dev, &p, Duration::from_secs(30)).await;
     // The store holds exactly the handles the site holds.
     eventually(
         "stored handles equal the site's",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         &p,
         || async {
             let site: HashSet<String> = our_subscriptions_handles(&dev);
@@ -511,9 +512,9 @@ async fn an_approval_made_while_stopped_is_found_at_start() {
     let modified = dev.app(&approved).unwrap().modified_date;
     let db = Db::sqlite(&sim);
     let mut p = Promoter::start(&sim, &db, &[]);
-    subscribed(&dev, &p, Duration::from_secs(20)).await;
+    subscribed(&dev, &p, Duration::from_secs(30)).await;
     let store = db.open().await;
-    let entry = eventually("the swept app", Duration::from_secs(10), &p, || async {
+    let entry = eventually("the swept app", Duration::from_secs(30), &p, || async {
         entries_for(&store, &approved).await.into_iter().next()
     })
     .await;
@@ -536,8 +537,8 @@ async fn an_approval_made_while_stopped_is_found_at_start() {
 
     // The next start sweeps again: the unchanged app is a duplicate, not a new entry.
     let p = Promoter::start(&sim, &db, &[]);
-    subscribed(&dev, &p, Duration::from_secs(20)).await;
-    eventually("the second sweep", Duration::from_secs(10), &p, || async {
+    subscribed(&dev, &p, Duration::from_secs(30)).await;
+    eventually("the second sweep", Duration::from_secs(30), &p, || async {
         let e = entries_for(&store, &approved).await;
         (e.len() == 1 && e[0].duplicates >= 1).then_some(())
     })
@@ -551,7 +552,7 @@ async fn a_hundred_duplicate_deliveries_make_one_entry() {
     let dev = sim.site("dev").unwrap();
     let db = Db::sqlite(&sim);
     let p = Promoter::start(&sim, &db, &[]);
-    let urls = subscribed(&dev, &p, Duration::from_secs(20)).await;
+    let urls = subscribed(&dev, &p, Duration::from_secs(30)).await;
     let store = db.open().await;
     let app = app_id(&dev, UNPUBLISHED);
 
@@ -598,7 +599,7 @@ async fn bad_deliveries_are_refused_and_nothing_is_stored() {
     let dev = sim.site("dev").unwrap();
     let db = Db::sqlite(&sim);
     let p = Promoter::start(&sim, &db, &[]);
-    let urls = subscribed(&dev, &p, Duration::from_secs(20)).await;
+    let urls = subscribed(&dev, &p, Duration::from_secs(30)).await;
     let store = db.open().await;
     let update = urls["update"].clone();
     let base = base_of(&update);
@@ -743,7 +744,7 @@ async fn kill_9_loses_no_acknowledged_delivery(db_of: impl AsyncFnOnce(&Sim) -> 
     let dev = sim.site("dev").unwrap();
     let db = db_of(&sim).await;
     let mut p = Promoter::start(&sim, &db, &[]);
-    let urls = subscribed(&dev, &p, Duration::from_secs(20)).await;
+    let urls = subscribed(&dev, &p, Duration::from_secs(30)).await;
 
     let stop = tokio_util::sync::CancellationToken::new();
     let acks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -798,7 +799,7 @@ async fn kill_9_loses_no_acknowledged_delivery(db_of: impl AsyncFnOnce(&Sim) -> 
         },
     )
     .await;
-    subscribed(&dev, &p, Duration::from_secs(5)).await;
+    subscribed(&dev, &p, Duration::from_secs(30)).await;
     assert!(store.inbox_recent(1_000_000).await.unwrap().len() >= acked.len());
     store.close().await;
     drop(p);
@@ -834,7 +835,7 @@ async fn bench(db_of: impl AsyncFnOnce(&Sim) -> Db, label: &str) {
     let dev = sim.site("dev").unwrap();
     let db = db_of(&sim).await;
     let p = Promoter::start(&sim, &db, &[("PROMOTER__LOGGING__LEVEL", "warn")]);
-    let urls = subscribed(&dev, &p, Duration::from_secs(20)).await;
+    let urls = subscribed(&dev, &p, Duration::from_secs(30)).await;
     let url = urls["update"].clone();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
@@ -942,7 +943,7 @@ async fn the_listener_speaks_https_when_configured() {
             ("PROMOTER__LISTENER__TLS_KEY", key_path.to_str().unwrap()),
         ],
     );
-    let urls = subscribed(&dev, &p, Duration::from_secs(20)).await;
+    let urls = subscribed(&dev, &p, Duration::from_secs(30)).await;
     let base = base_of(&urls["update"]);
     assert!(base.starts_with("https://127.0.0.1:"), "{base}");
     promoter::tls::init();

@@ -508,28 +508,13 @@ async fn errors_say_whether_to_retry() {
         .unwrap_err();
     assert!(!err.retryable(), "{err}");
 
-    // A download dropped half-way fails the upload it feeds, as the download's retryable error.
+    // An upload dropped half-way is the upload's own retryable error. (Checked before the
+    // dropped download: an upload abandoned by that case may reach the target late and would
+    // take a fault armed after it.)
     let big = sdev.app_by_name("Big Picture")[0].clone();
-    sdev.set_fault(Fault::DropMidTransfer { count: 1 });
-    let err = qrs::transfer(&dev.reader(), &big.id, false, test, "dropped", None)
-        .await
-        .unwrap_err();
-    assert!(matches!(err.kind(), QrsErrorKind::Upstream(_)), "{err:?}");
-    assert!(err.retryable(), "{err}");
-    assert!(
-        e.sim
-            .site("test")
-            .unwrap()
-            .app_by_name("dropped")
-            .is_empty(),
-        "no half app on the target"
-    );
-    // An upload dropped half-way is the upload's own retryable error.
-    e.sim
-        .site("test")
-        .unwrap()
-        .set_fault(Fault::DropMidTransfer { count: 1 });
-    let err = qrs::transfer(&dev.reader(), &big.id, false, test, "dropped", None)
+    let stest = e.sim.site("test").unwrap();
+    stest.set_fault(Fault::DropMidTransfer { count: 1 });
+    let err = qrs::transfer(&dev.reader(), &big.id, false, test, "cut upload", None)
         .await
         .unwrap_err();
     assert!(
@@ -541,10 +526,24 @@ async fn errors_say_whether_to_retry() {
     );
     assert!(err.retryable(), "{err}");
     assert_eq!(err.site(), "test");
+    assert!(stest.app_by_name("cut upload").is_empty(), "no half app");
     // The next attempt goes through.
-    qrs::transfer(&dev.reader(), &big.id, false, test, "dropped", None)
+    qrs::transfer(&dev.reader(), &big.id, false, test, "cut upload", None)
         .await
         .unwrap();
+    assert_eq!(stest.app_by_name("cut upload").len(), 1);
+
+    // A download dropped half-way fails the upload it feeds, as the download's retryable error.
+    sdev.set_fault(Fault::DropMidTransfer { count: 1 });
+    let err = qrs::transfer(&dev.reader(), &big.id, false, test, "cut download", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind(), QrsErrorKind::Upstream(_)), "{err:?}");
+    assert!(err.retryable(), "{err}");
+    assert!(
+        stest.app_by_name("cut download").is_empty(),
+        "no half app on the target"
+    );
 
     // Too slow: a retryable timeout.
     let mut quick = e.settings.qrs.clone();

@@ -208,9 +208,9 @@ async fn serve_round_trip_stops_cleanly_on_sigterm() {
 
     let started = Instant::now();
     kill(Pid::from_raw(child.0.id() as i32), Signal::SIGTERM).unwrap();
-    let status = child.wait_exit(Duration::from_secs(10));
+    let status = child.wait_exit(Duration::from_secs(30));
     let status =
-        status.unwrap_or_else(|| panic!("still running 10 s after SIGTERM\n{}", context()));
+        status.unwrap_or_else(|| panic!("still running 30 s after SIGTERM\n{}", context()));
     assert_eq!(status.code(), Some(0), "exit after SIGTERM\n{}", context());
     assert!(!port_open(port), "port {port} still open after exit");
     eprintln!("stopped {:?} after SIGTERM", started.elapsed());
@@ -245,7 +245,7 @@ fn broken_configuration_stops_serve_with_the_reason() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(30));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let missing = dir.path().join("certs/dev/client.pem");
@@ -329,7 +329,7 @@ async fn service_host_reports_phases_and_logs_startup_failures() {
     change_reaches_the_service(&sim, port, || format!("phases: {:?}", seen.lock().unwrap())).await;
     wait_until(
         "the host to report Running",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || format!("phases: {:?}", seen.lock().unwrap()),
         || async { seen.lock().unwrap().last() == Some(&Phase::Running) },
     )
