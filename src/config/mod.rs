@@ -738,10 +738,14 @@ impl Settings {
         }
         let mut seen = HashSet::new();
         for (i, site) in self.sites().enumerate() {
+            // Remote sites are named by alias (or position, 1-based, when it has none): an
+            // administrator with five `[[remote]]` sections should not have to count from zero.
             let key = if i == 0 {
                 "local".to_string()
+            } else if site.alias.trim().is_empty() {
+                format!("remote #{i}")
             } else {
-                format!("remote[{}]", i - 1)
+                format!("remote \"{}\"", site.alias)
             };
             let alias = site.alias.trim().to_lowercase();
             if alias.is_empty() {

@@ -73,7 +73,12 @@ fn problems_name_the_key_and_the_fix() {
         (
             "missing certificate",
             "[[remote]]\nalias = \"prod\"\nhost = \"h\"\ncertificates = \"certificates/prod\"\n",
-            "client.pem is missing",
+            "`remote \"prod\".certificates`: ",
+        ),
+        (
+            "remote without alias",
+            "[[remote]]\nalias = \" \"\nhost = \"h\"\ncertificates = \"certificates/test\"\n",
+            "`remote #2.alias`: is empty",
         ),
         (
             "bad user",
