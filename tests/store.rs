@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::TimeZone;
 use promoter::engine::hooks::AuditEvent;
 use promoter::store::{
-    INBOX_LEASE_MS, InboxState, JobStatus, NewInboxRecord, NewJob, Store, StoreError,
+    INBOX_LEASE_MS, InboxState, JobStatus, Lease, NewInboxRecord, NewJob, Store, StoreError,
     SubscriptionRow,
 };
 use serde_json::json;
@@ -115,6 +115,7 @@ contract!(
     job_claims_follow_status_time_and_app_exclusion,
     concurrent_job_claims_never_share_a_job_or_an_app,
     job_retry_finish_and_state,
+    a_runner_whose_lease_was_taken_over_cannot_write,
     steps_and_attempts_are_recorded,
     mappings_effects_and_own_writes,
     audit_events_round_trip,
@@ -453,16 +454,21 @@ async fn job_claims_follow_status_time_and_app_exclusion(store: &Store, _url: &s
     assert_eq!(second.id, b1);
     assert!(store.job_claim("w3", now, lease).await.unwrap().is_none());
 
-    // Renewing: only the owner, only while running.
+    // Renewing: only the holder, only while running.
+    let held = first.lease().unwrap();
     assert!(
         store
-            .job_renew_lease(&a1, "w1", now + 1000, lease)
+            .job_renew_lease(&a1, &held, now + 1000, lease)
             .await
             .unwrap()
     );
+    let other = Lease {
+        owner: "w2".into(),
+        ..held.clone()
+    };
     assert!(
         !store
-            .job_renew_lease(&a1, "w2", now + 1000, lease)
+            .job_renew_lease(&a1, &other, now + 1000, lease)
             .await
             .unwrap()
     );
@@ -480,7 +486,7 @@ async fn job_claims_follow_status_time_and_app_exclusion(store: &Store, _url: &s
     );
     assert!(
         !store
-            .job_renew_lease(&a1, "w1", expired, lease)
+            .job_renew_lease(&a1, &held, expired, lease)
             .await
             .unwrap()
     );
@@ -502,7 +508,7 @@ async fn job_claims_follow_status_time_and_app_exclusion(store: &Store, _url: &s
             .is_none()
     );
     store
-        .job_finish(&a1, JobStatus::Succeeded, None)
+        .job_finish(&a1, &taken.lease().unwrap(), JobStatus::Succeeded, None)
         .await
         .unwrap();
     assert_eq!(
@@ -551,7 +557,7 @@ async fn concurrent_job_claims_never_share_a_job_or_an_app(store: &Store, _url: 
                         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
                         running.lock().unwrap().remove(&job.app_id);
                         store
-                            .job_finish(&job.id, JobStatus::Succeeded, None)
+                            .job_finish(&job.id, &job.lease().unwrap(), JobStatus::Succeeded, None)
                             .await
                             .unwrap();
                         done.push(job.id);
@@ -580,13 +586,23 @@ async fn concurrent_job_claims_never_share_a_job_or_an_app(store: &Store, _url: 
 async fn job_retry_finish_and_state(store: &Store, _url: &str) {
     let (id, _) = store.job_create(&new_job("k", "a")).await.unwrap();
     let now = chrono::Utc::now().timestamp_millis() + 10;
-    store.job_claim("w", now, 1000).await.unwrap().unwrap();
+    let held = store
+        .job_claim("w", now, 1000)
+        .await
+        .unwrap()
+        .unwrap()
+        .lease()
+        .unwrap();
     store
-        .job_set_state(&id, &json!({"export_path": "/tmp/x.qvf", "temp": ["t1"]}))
+        .job_set_state(
+            &id,
+            &held,
+            &json!({"export_path": "/tmp/x.qvf", "temp": ["t1"]}),
+        )
         .await
         .unwrap();
     store
-        .job_retry_at(&id, now + 5000, "QRS unavailable")
+        .job_retry_at(&id, &held, now + 5000, "QRS unavailable")
         .await
         .unwrap();
     let job = store.job_get(&id).await.unwrap().unwrap();
@@ -609,14 +625,16 @@ async fn job_retry_finish_and_state(store: &Store, _url: &str) {
         .unwrap();
     assert_eq!((again.id.as_str(), again.claims), (id.as_str(), 2));
     assert_eq!(again.state["temp"], json!(["t1"]));
+    let held = again.lease().unwrap();
 
     assert!(matches!(
-        store.job_finish(&id, JobStatus::Running, None).await,
+        store.job_finish(&id, &held, JobStatus::Running, None).await,
         Err(StoreError::Invalid(_))
     ));
     store
         .job_finish(
             &id,
+            &held,
             JobStatus::PartiallyFailed,
             Some("prod: upload refused"),
         )
@@ -635,19 +653,111 @@ async fn job_retry_finish_and_state(store: &Store, _url: &str) {
             .is_none()
     );
     for missing in [
-        store.job_finish("nope", JobStatus::Failed, None).await,
-        store.job_retry_at("nope", 0, "").await,
-        store.job_set_state("nope", &json!({})).await,
+        store
+            .job_finish("nope", &held, JobStatus::Failed, None)
+            .await,
+        store.job_retry_at("nope", &held, 0, "").await,
+        store.job_set_state("nope", &held, &json!({})).await,
     ] {
         assert!(matches!(missing, Err(StoreError::Invalid(_))));
     }
 }
 
+/// A runner that stalled past its lease (the job was claimed again, here even by the same
+/// worker name, as two runners of one process would) can neither record steps, state or an
+/// outcome nor release the job; the new holder can.
+async fn a_runner_whose_lease_was_taken_over_cannot_write(store: &Store, _url: &str) {
+    let (id, _) = store.job_create(&new_job("k", "a")).await.unwrap();
+    let now = chrono::Utc::now().timestamp_millis() + 10;
+    let stale = store
+        .job_claim("w", now, 1000)
+        .await
+        .unwrap()
+        .unwrap()
+        .lease()
+        .unwrap();
+    store
+        .step_begin(&id, &stale, "export", "export app a")
+        .await
+        .unwrap();
+    let fresh = store
+        .job_claim("w", now + 1001, 1000)
+        .await
+        .unwrap()
+        .unwrap()
+        .lease()
+        .unwrap();
+    assert_ne!(stale, fresh);
+    let lost = |r: Result<(), StoreError>| matches!(r, Err(StoreError::LeaseLost(_)));
+    assert!(lost(
+        store.step_begin(&id, &stale, "upload:test", "upload").await
+    ));
+    assert!(lost(
+        store
+            .step_finish(&id, &stale, "export", "ok", &json!({"path": "/stale"}))
+            .await
+    ));
+    assert!(lost(
+        store.job_set_state(&id, &stale, &json!({"x": 1})).await
+    ));
+    assert!(lost(
+        store.job_retry_at(&id, &stale, now, "interrupted").await
+    ));
+    assert!(lost(
+        store
+            .job_finish(&id, &stale, JobStatus::Succeeded, None)
+            .await
+    ));
+    assert!(
+        !store
+            .job_renew_lease(&id, &stale, now + 1002, 1000)
+            .await
+            .unwrap()
+    );
+    // Nothing the stale runner tried is recorded; the job is still the new holder's.
+    assert!(
+        store
+            .step_result(&id, "upload:test")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .step_result(&id, "export")
+            .await
+            .unwrap()
+            .unwrap()
+            .outcome,
+        "running"
+    );
+    let job = store.job_get(&id).await.unwrap().unwrap();
+    assert_eq!((job.status, job.state), (JobStatus::Running, json!({})));
+    store
+        .step_finish(&id, &fresh, "export", "ok", &json!({"path": "/x"}))
+        .await
+        .unwrap();
+    store
+        .job_finish(&id, &fresh, JobStatus::Succeeded, None)
+        .await
+        .unwrap();
+    // A finished job takes no more writes from anyone.
+    assert!(lost(store.step_begin(&id, &fresh, "mail", "mail").await));
+}
+
 async fn steps_and_attempts_are_recorded(store: &Store, _url: &str) {
     let (id, _) = store.job_create(&new_job("k", "a")).await.unwrap();
+    let now = chrono::Utc::now().timestamp_millis() + 10;
+    let held = store
+        .job_claim("w", now, 60_000)
+        .await
+        .unwrap()
+        .unwrap()
+        .lease()
+        .unwrap();
     assert!(store.step_result(&id, "export").await.unwrap().is_none());
     store
-        .step_begin(&id, "export", "export app a")
+        .step_begin(&id, &held, "export", "export app a")
         .await
         .unwrap();
     let s = store.step_result(&id, "export").await.unwrap().unwrap();
@@ -658,22 +768,28 @@ async fn steps_and_attempts_are_recorded(store: &Store, _url: &str) {
     assert_eq!(s.result, serde_json::Value::Null);
     assert!(s.finished_at.is_none());
     store
-        .step_finish(&id, "export", "ok", &json!({"path": "/x"}))
+        .step_finish(&id, &held, "export", "ok", &json!({"path": "/x"}))
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     store
-        .step_begin(&id, "upload:test", "upload")
+        .step_begin(&id, &held, "upload:test", "upload")
         .await
         .unwrap();
     store
-        .step_finish(&id, "upload:test", "failed", &json!({"error": "413"}))
+        .step_finish(
+            &id,
+            &held,
+            "upload:test",
+            "failed",
+            &json!({"error": "413"}),
+        )
         .await
         .unwrap();
     // Finishing a step that was never begun records it too.
     tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     store
-        .step_finish(&id, "mail", "skipped", &json!(null))
+        .step_finish(&id, &held, "mail", "skipped", &json!(null))
         .await
         .unwrap();
     let s = store.step_result(&id, "export").await.unwrap().unwrap();
@@ -696,7 +812,7 @@ async fn steps_and_attempts_are_recorded(store: &Store, _url: &str) {
     );
     // Beginning again resets the step.
     store
-        .step_begin(&id, "upload:test", "upload again")
+        .step_begin(&id, &held, "upload:test", "upload again")
         .await
         .unwrap();
     let s = store

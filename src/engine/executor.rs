@@ -40,7 +40,7 @@ use super::steps;
 use crate::config::Settings;
 use crate::mail::{MailError, Mailer};
 use crate::qrs::{QrsClient, QrsError, QrsSites};
-use crate::store::{JobRow, JobStatus, Store, StoreError};
+use crate::store::{JobRow, JobStatus, Lease, Store, StoreError};
 
 /// `kind` of the jobs `promoter restore` creates.
 pub const RESTORE_KIND: &str = "restore";
@@ -170,14 +170,22 @@ impl Engine {
     /// cancelled. Writes the job's final status or retry time to the store.
     pub async fn run_job(&self, job: JobRow, cancel: CancellationToken) -> JobOutcome {
         let id = job.id.clone();
-        let run = match JobRun::new(self.clone(), job, cancel) {
+        let Some(lease) = job.lease() else {
+            tracing::error!(job = %id, status = %job.status, "not run: the job was not claimed");
+            return JobOutcome::Interrupted;
+        };
+        let run = match JobRun::new(self.clone(), job, lease.clone(), cancel) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(job = %id, "{e}");
-                let _ = self
+                if let Err(se) = self
                     .store()
-                    .job_finish(&id, JobStatus::Failed, Some(&e))
-                    .await;
+                    .job_finish(&id, &lease, JobStatus::Failed, Some(&e))
+                    .await
+                {
+                    tracing::error!(job = %id, "cannot record the job's end: {se}");
+                    return JobOutcome::Interrupted;
+                }
                 return JobOutcome::Finished(JobStatus::Failed);
             }
         };
@@ -242,7 +250,10 @@ impl From<QrsError> for StepError {
 
 impl From<StoreError> for StepError {
     fn from(e: StoreError) -> Self {
-        if e.is_retryable() {
+        if let StoreError::LeaseLost(_) = e {
+            // Another runner holds the job now; this one stops without recording anything.
+            StepError::Cancelled
+        } else if e.is_retryable() {
             StepError::Retry {
                 message: e.to_string(),
                 retry_after: None,
@@ -424,6 +435,8 @@ fn is_final_outcome(outcome: &str) -> bool {
 pub(crate) struct JobRun {
     pub engine: Engine,
     pub job: JobRow,
+    /// This run's hold on the job; every write about the job carries it.
+    pub lease: Lease,
     pub plan: Plan,
     pub restore: Option<RestoreSpec>,
     pub state: Mutex<JobState>,
@@ -434,7 +447,12 @@ pub(crate) struct JobRun {
 }
 
 impl JobRun {
-    fn new(engine: Engine, job: JobRow, cancel: CancellationToken) -> Result<JobRun, String> {
+    fn new(
+        engine: Engine,
+        job: JobRow,
+        lease: Lease,
+        cancel: CancellationToken,
+    ) -> Result<JobRun, String> {
         let (plan, restore) = if job.kind == RESTORE_KIND {
             let r: RestoreJob = serde_json::from_value(job.plan.clone())
                 .map_err(|e| format!("the job's restore plan cannot be read: {e}"))?;
@@ -448,6 +466,7 @@ impl JobRun {
         Ok(JobRun {
             engine,
             job,
+            lease,
             plan,
             restore,
             state: Mutex::new(state),
@@ -482,7 +501,9 @@ impl JobRun {
         let r = f(&mut st);
         let json = serde_json::to_value(&*st)
             .map_err(|e| StepError::fatal(format!("cannot encode the job state: {e}")))?;
-        self.store().job_set_state(self.id(), &json).await?;
+        self.store()
+            .job_set_state(self.id(), &self.lease, &json)
+            .await?;
         Ok(r)
     }
 
@@ -549,7 +570,9 @@ impl JobRun {
         if self.cancel.is_cancelled() {
             return Err(StepError::Cancelled);
         }
-        self.store().step_begin(self.id(), key, detail).await?;
+        self.store()
+            .step_begin(self.id(), &self.lease, key, detail)
+            .await?;
         super::fault::point(&format!("before:{key}"));
         tracing::info!(job = %self.id(), app = %self.job.app_id, step = key, "{detail}");
         let result = tokio::select! {
@@ -562,7 +585,7 @@ impl JobRun {
                     .map_err(|e| StepError::fatal(format!("cannot encode the step result: {e}")))?;
                 let outcome = value.outcome();
                 self.store()
-                    .step_finish(self.id(), key, outcome, &json)
+                    .step_finish(self.id(), &self.lease, key, outcome, &json)
                     .await?;
                 super::fault::point(&format!("after:{key}"));
                 let mut ev = self.event("step", outcome, format!("{key}: {detail}"));
@@ -605,7 +628,7 @@ impl JobRun {
         let json = serde_json::json!({ "error": e.message(), "attempt": attempt });
         if let Err(se) = self
             .store()
-            .step_finish(self.id(), key, outcome, &json)
+            .step_finish(self.id(), &self.lease, key, outcome, &json)
             .await
         {
             tracing::warn!(job = %self.id(), step = key, "cannot record the step failure: {se}");
@@ -696,7 +719,7 @@ impl JobRun {
         }
         if let Err(e) = self
             .store()
-            .job_finish(self.id(), status, error.as_deref())
+            .job_finish(self.id(), &self.lease, status, error.as_deref())
             .await
         {
             tracing::error!(job = %self.id(), "cannot record the job's end: {e}");
@@ -741,7 +764,11 @@ impl JobRun {
         let delay = retry::delay_random(&self.settings().promotion, failures, retry_after);
         let at = chrono::Utc::now().timestamp_millis()
             + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
-        if let Err(se) = self.store().job_retry_at(self.id(), at, &message).await {
+        if let Err(se) = self
+            .store()
+            .job_retry_at(self.id(), &self.lease, at, &message)
+            .await
+        {
             tracing::error!(job = %self.id(), "cannot schedule the retry: {se}");
             return JobOutcome::Interrupted;
         }

@@ -357,6 +357,10 @@ pub async fn run_claimed(
     shutdown: &CancellationToken,
 ) -> JobOutcome {
     let id = job.id.clone();
+    let Some(held) = job.lease() else {
+        tracing::error!(job = %id, worker, "a claimed job without a lease; leaving it alone");
+        return JobOutcome::Interrupted;
+    };
     let cancel = shutdown.child_token();
     let lost = Arc::new(AtomicBool::new(false));
     let lease = lease_ms(engine.settings());
@@ -364,14 +368,14 @@ pub async fn run_claimed(
     let renew = {
         let store = engine.store().clone();
         let id = id.clone();
-        let worker = worker.to_string();
+        let held = held.clone();
         let cancel = cancel.clone();
         let lost = lost.clone();
         tokio::spawn(async move {
             let mut last_ok = now_ms();
             loop {
                 tokio::time::sleep(renew_every).await;
-                match store.job_renew_lease(&id, &worker, now_ms(), lease).await {
+                match store.job_renew_lease(&id, &held, now_ms(), lease).await {
                     Ok(true) => last_ok = now_ms(),
                     Ok(false) => {
                         tracing::warn!(job = %id, "lease lost; another worker has the job");
@@ -398,9 +402,15 @@ pub async fn run_claimed(
         // Shutdown: make the job claimable again right away.
         if let Err(e) = engine
             .store()
-            .job_retry_at(&id, now_ms(), "interrupted; resumes where it stopped")
+            .job_retry_at(
+                &id,
+                &held,
+                now_ms(),
+                "interrupted; resumes where it stopped",
+            )
             .await
         {
+            // LeaseLost: another runner took it over meanwhile, which is what releasing is for.
             tracing::warn!(job = %id, "cannot release the job: {e}");
         }
     }

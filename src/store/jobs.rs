@@ -1,8 +1,8 @@
 //! Jobs, their steps and attempts: the promotion engine's durable memory.
 
 use super::{
-    AttemptRow, BeginWrite, JobRow, JobStatus, NewJob, StepRow, Store, StoreError, now_ms, on_read,
-    on_write,
+    AttemptRow, BeginWrite, JobRow, JobStatus, Lease, NewJob, StepRow, Store, StoreError, now_ms,
+    on_read, on_write,
 };
 
 const JOB_COLUMNS: &str = "id, job_key, app_id, app_name, job_trigger, kind, plan, state, status, \
@@ -142,24 +142,25 @@ impl Store {
         row.map(JobRow::try_from).transpose()
     }
 
-    /// Extends `worker`'s lease on a running job. `false`: the job is no longer this worker's
-    /// (its lease ran out and another worker took it, or it finished): stop working on it.
+    /// Extends a runner's lease on its job. `false`: the job is no longer this runner's (its
+    /// lease ran out and it was claimed again, or it finished): stop working on it.
     pub async fn job_renew_lease(
         &self,
         id: &str,
-        worker: &str,
+        lease: &Lease,
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<bool, StoreError> {
         let n = on_write!(self, |pool| {
             sqlx::query(
                 "UPDATE jobs SET lease_until = $3, updated_at = $4 \
-                 WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+                 WHERE id = $1 AND lease_owner = $2 AND claims = $5 AND status = 'running'",
             )
             .bind(id)
-            .bind(worker)
+            .bind(&lease.owner)
             .bind(now_ms.saturating_add(lease_ms))
             .bind(now_ms)
+            .bind(i64::from(lease.claim))
             .execute(pool)
             .await?
             .rows_affected()
@@ -171,15 +172,25 @@ impl Store {
     pub async fn job_set_state(
         &self,
         id: &str,
+        lease: &Lease,
         state: &serde_json::Value,
     ) -> Result<(), StoreError> {
         let state = json_text(state)?;
-        self.job_update(
-            "UPDATE jobs SET state = $2, updated_at = $3 WHERE id = $1",
-            id,
-            Some(&state),
-        )
-        .await
+        let n = on_write!(self, |pool| {
+            sqlx::query(
+                "UPDATE jobs SET state = $4, updated_at = $5 \
+                 WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND status = 'running'",
+            )
+            .bind(id)
+            .bind(&lease.owner)
+            .bind(i64::from(lease.claim))
+            .bind(&state)
+            .bind(now_ms())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        self.held_or_why(id, n).await
     }
 
     /// Puts the job back to wait until `next_run_ms` after a retryable failure (releases the
@@ -187,15 +198,19 @@ impl Store {
     pub async fn job_retry_at(
         &self,
         id: &str,
+        lease: &Lease,
         next_run_ms: i64,
         error: &str,
     ) -> Result<(), StoreError> {
         let n = on_write!(self, |pool| {
             sqlx::query(
-                "UPDATE jobs SET status = 'retry', next_run_at = $2, last_error = $3, \
-                 lease_owner = NULL, lease_until = NULL, updated_at = $4 WHERE id = $1",
+                "UPDATE jobs SET status = 'retry', next_run_at = $4, last_error = $5, \
+                 lease_owner = NULL, lease_until = NULL, updated_at = $6 \
+                 WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND status = 'running'",
             )
             .bind(id)
+            .bind(&lease.owner)
+            .bind(i64::from(lease.claim))
             .bind(next_run_ms)
             .bind(error)
             .bind(now_ms())
@@ -203,16 +218,14 @@ impl Store {
             .await?
             .rows_affected()
         });
-        if n == 0 {
-            return Err(StoreError::Invalid(format!("no job {id}")));
-        }
-        Ok(())
+        self.held_or_why(id, n).await
     }
 
     /// Ends the job with a final status (releases the lease).
     pub async fn job_finish(
         &self,
         id: &str,
+        lease: &Lease,
         status: JobStatus,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
@@ -224,10 +237,13 @@ impl Store {
         let now = now_ms();
         let n = on_write!(self, |pool| {
             sqlx::query(
-                "UPDATE jobs SET status = $2, last_error = $3, lease_owner = NULL, \
-                 lease_until = NULL, finished_at = $4, updated_at = $4 WHERE id = $1",
+                "UPDATE jobs SET status = $4, last_error = $5, lease_owner = NULL, \
+                 lease_until = NULL, finished_at = $6, updated_at = $6 \
+                 WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND status = 'running'",
             )
             .bind(id)
+            .bind(&lease.owner)
+            .bind(i64::from(lease.claim))
             .bind(status.as_str())
             .bind(error)
             .bind(now)
@@ -235,78 +251,82 @@ impl Store {
             .await?
             .rows_affected()
         });
-        if n == 0 {
-            return Err(StoreError::Invalid(format!("no job {id}")));
-        }
-        Ok(())
+        self.held_or_why(id, n).await
     }
 
-    async fn job_update(&self, sql: &str, id: &str, text: Option<&str>) -> Result<(), StoreError> {
-        let n = on_write!(self, |pool| {
-            sqlx::query(sql)
-                .bind(id)
-                .bind(text)
-                .bind(now_ms())
-                .execute(pool)
-                .await?
-                .rows_affected()
-        });
-        if n == 0 {
-            return Err(StoreError::Invalid(format!("no job {id}")));
+    /// After a write guarded by a lease changed `n` rows: fine, no such job, or the lease is
+    /// no longer held.
+    async fn held_or_why(&self, id: &str, n: u64) -> Result<(), StoreError> {
+        if n > 0 {
+            Ok(())
+        } else if self.job_get(id).await?.is_none() {
+            Err(StoreError::Invalid(format!("no job {id}")))
+        } else {
+            Err(StoreError::LeaseLost(id.to_string()))
         }
-        Ok(())
     }
 
     /// Records that a step started (`running`). Starting a step again resets it.
     pub async fn step_begin(
         &self,
         job_id: &str,
+        lease: &Lease,
         step_key: &str,
         detail: &str,
     ) -> Result<(), StoreError> {
-        on_write!(self, |pool| {
+        let n = on_write!(self, |pool| {
+            // SQLite needs the `WHERE` before `ON CONFLICT` in an INSERT ... SELECT.
             sqlx::query(
                 "INSERT INTO job_steps (job_id, step_key, detail, outcome, result, started_at) \
-                 VALUES ($1, $2, $3, 'running', 'null', $4) \
+                 SELECT $1, $4, $5, 'running', 'null', $6 WHERE EXISTS (SELECT 1 FROM jobs \
+                   WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND status = 'running') \
                  ON CONFLICT (job_id, step_key) DO UPDATE SET detail = excluded.detail, \
                  outcome = 'running', result = 'null', started_at = excluded.started_at, \
                  finished_at = NULL",
             )
             .bind(job_id)
+            .bind(&lease.owner)
+            .bind(i64::from(lease.claim))
             .bind(step_key)
             .bind(detail)
             .bind(now_ms())
             .execute(pool)
-            .await?;
+            .await?
+            .rows_affected()
         });
-        Ok(())
+        self.held_or_why(job_id, n).await
     }
 
     /// Records a step's outcome (`ok`, `failed`, `skipped`) and result.
     pub async fn step_finish(
         &self,
         job_id: &str,
+        lease: &Lease,
         step_key: &str,
         outcome: &str,
         result: &serde_json::Value,
     ) -> Result<(), StoreError> {
         let result = json_text(result)?;
-        on_write!(self, |pool| {
+        let n = on_write!(self, |pool| {
             sqlx::query(
                 "INSERT INTO job_steps (job_id, step_key, detail, outcome, result, started_at, \
-                 finished_at) VALUES ($1, $2, '', $3, $4, $5, $5) \
+                 finished_at) SELECT $1, $4, '', $5, $6, $7, $7 WHERE EXISTS (SELECT 1 FROM jobs \
+                   WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND status = 'running') \
                  ON CONFLICT (job_id, step_key) DO UPDATE SET outcome = excluded.outcome, \
                  result = excluded.result, finished_at = excluded.finished_at",
             )
             .bind(job_id)
+            .bind(&lease.owner)
+            .bind(i64::from(lease.claim))
             .bind(step_key)
             .bind(outcome)
             .bind(&result)
             .bind(now_ms())
             .execute(pool)
-            .await?;
+            .await?
+            .rows_affected()
         });
-        Ok(())
+        self.held_or_why(job_id, n).await
     }
 
     /// A step's record, if it was begun or finished (resume skips steps with outcome `ok`).

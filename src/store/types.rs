@@ -305,6 +305,34 @@ pub struct JobRow {
     pub finished_at: Option<i64>,
 }
 
+/// A runner's hold on a claimed job: the worker that claimed it and the claim number. Every
+/// write a runner makes about its job carries the lease; once the lease ran out and the job was
+/// claimed again (by another process, or by another runner of the same process), the old
+/// lease is stale and the store refuses its writes with [`StoreError::LeaseLost`], so a runner
+/// that stalled past its lease cannot record steps, state or an outcome over the new one.
+///
+/// [`StoreError::LeaseLost`]: super::StoreError::LeaseLost
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The worker name given to [`Store::job_claim`](super::Store::job_claim).
+    pub owner: String,
+    /// The job's claim count when it was claimed.
+    pub claim: u32,
+}
+
+impl JobRow {
+    /// The lease of a running job, as claimed (`None` when the job is not running).
+    pub fn lease(&self) -> Option<Lease> {
+        match (&self.status, &self.lease_owner) {
+            (JobStatus::Running, Some(owner)) => Some(Lease {
+                owner: owner.clone(),
+                claim: self.claims,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// One step of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StepRow {

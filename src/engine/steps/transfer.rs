@@ -315,7 +315,7 @@ async fn promote_site(
                 let json = serde_json::to_value(&rec)
                     .map_err(|e| StepError::fatal(format!("cannot encode the result: {e}")))?;
                 run.store()
-                    .step_finish(run.id(), &t.key, "failed", &json)
+                    .step_finish(run.id(), &run.lease, &t.key, "failed", &json)
                     .await?;
             }
             Err(e) => return Err(e),
