@@ -133,6 +133,17 @@ fn record(id: &str, modified: &str, props: &[&str]) -> NewInboxRecord {
     }
 }
 
+/// Claims the next runnable job as `worker` at `at` (unix ms) and returns its lease.
+async fn claim_lease(store: &Store, worker: &str, at: i64, lease_ms: i64) -> Lease {
+    store
+        .job_claim(worker, at, lease_ms)
+        .await
+        .unwrap()
+        .expect("a job to claim")
+        .lease()
+        .expect("a claimed job has a lease")
+}
+
 fn new_job(key: &str, app: &str) -> NewJob {
     NewJob {
         key: key.into(),
@@ -586,13 +597,7 @@ async fn concurrent_job_claims_never_share_a_job_or_an_app(store: &Store, _url: 
 async fn job_retry_finish_and_state(store: &Store, _url: &str) {
     let (id, _) = store.job_create(&new_job("k", "a")).await.unwrap();
     let now = chrono::Utc::now().timestamp_millis() + 10;
-    let held = store
-        .job_claim("w", now, 1000)
-        .await
-        .unwrap()
-        .unwrap()
-        .lease()
-        .unwrap();
+    let held = claim_lease(store, "w", now, 1000).await;
     store
         .job_set_state(
             &id,
@@ -669,24 +674,12 @@ async fn job_retry_finish_and_state(store: &Store, _url: &str) {
 async fn a_runner_whose_lease_was_taken_over_cannot_write(store: &Store, _url: &str) {
     let (id, _) = store.job_create(&new_job("k", "a")).await.unwrap();
     let now = chrono::Utc::now().timestamp_millis() + 10;
-    let stale = store
-        .job_claim("w", now, 1000)
-        .await
-        .unwrap()
-        .unwrap()
-        .lease()
-        .unwrap();
+    let stale = claim_lease(store, "w", now, 1000).await;
     store
         .step_begin(&id, &stale, "export", "export app a")
         .await
         .unwrap();
-    let fresh = store
-        .job_claim("w", now + 1001, 1000)
-        .await
-        .unwrap()
-        .unwrap()
-        .lease()
-        .unwrap();
+    let fresh = claim_lease(store, "w", now + 1001, 1000).await;
     assert_ne!(stale, fresh);
     let lost = |r: Result<(), StoreError>| matches!(r, Err(StoreError::LeaseLost(_)));
     assert!(lost(
@@ -748,13 +741,7 @@ async fn a_runner_whose_lease_was_taken_over_cannot_write(store: &Store, _url: &
 async fn steps_and_attempts_are_recorded(store: &Store, _url: &str) {
     let (id, _) = store.job_create(&new_job("k", "a")).await.unwrap();
     let now = chrono::Utc::now().timestamp_millis() + 10;
-    let held = store
-        .job_claim("w", now, 60_000)
-        .await
-        .unwrap()
-        .unwrap()
-        .lease()
-        .unwrap();
+    let held = claim_lease(store, "w", now, 60_000).await;
     assert!(store.step_result(&id, "export").await.unwrap().is_none());
     store
         .step_begin(&id, &held, "export", "export app a")
