@@ -166,14 +166,15 @@ impl Engine {
         self.inner.hooks.audit(&event).await;
     }
 
-    /// Runs (or resumes) a claimed job until it finishes, must wait for a retry, or is
-    /// cancelled. Writes the job's final status or retry time to the store.
-    pub async fn run_job(&self, job: JobRow, cancel: CancellationToken) -> JobOutcome {
+    /// Runs (or resumes) a claimed job, held under `lease`, until it finishes, must wait for a
+    /// retry, or is cancelled. Writes the job's final status or retry time to the store.
+    pub async fn run_job(
+        &self,
+        job: JobRow,
+        lease: Lease,
+        cancel: CancellationToken,
+    ) -> JobOutcome {
         let id = job.id.clone();
-        let Some(lease) = job.lease() else {
-            tracing::error!(job = %id, status = %job.status, "not run: the job was not claimed");
-            return JobOutcome::Interrupted;
-        };
         let run = match JobRun::new(self.clone(), job, lease.clone(), cancel) {
             Ok(r) => r,
             Err(e) => {

@@ -11,7 +11,6 @@
 //!   `promotion.lease_seconds`; on shutdown a running job is put back at once, resumable.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -24,7 +23,7 @@ use super::hooks::AuditEvent;
 use super::model::{AppSnapshot, Decision, DecisionConfig, Trigger};
 use super::snapshot;
 use crate::config::Settings;
-use crate::store::{InboxEntry, InboxState, NewJob, Store};
+use crate::store::{InboxEntry, InboxState, NewJob, Store, StoreError};
 
 /// How long a claimed job stays reserved without a renewal (`promotion.lease_seconds`), ms.
 pub fn lease_ms(settings: &Settings) -> i64 {
@@ -362,7 +361,6 @@ pub async fn run_claimed(
         return JobOutcome::Interrupted;
     };
     let cancel = shutdown.child_token();
-    let lost = Arc::new(AtomicBool::new(false));
     let lease = lease_ms(engine.settings());
     let renew_every = Duration::from_millis(u64::try_from(lease / 3).unwrap_or(1000).max(100));
     let renew = {
@@ -370,7 +368,6 @@ pub async fn run_claimed(
         let id = id.clone();
         let held = held.clone();
         let cancel = cancel.clone();
-        let lost = lost.clone();
         tokio::spawn(async move {
             let mut last_ok = now_ms();
             loop {
@@ -379,14 +376,12 @@ pub async fn run_claimed(
                     Ok(true) => last_ok = now_ms(),
                     Ok(false) => {
                         tracing::warn!(job = %id, "lease lost; another worker has the job");
-                        lost.store(true, Ordering::SeqCst);
                         cancel.cancel();
                         break;
                     }
                     Err(e) => {
                         tracing::warn!(job = %id, "cannot renew the lease: {e}");
                         if now_ms() - last_ok > lease * 3 / 4 {
-                            lost.store(true, Ordering::SeqCst);
                             cancel.cancel();
                             break;
                         }
@@ -396,11 +391,12 @@ pub async fn run_claimed(
         })
     };
     tracing::info!(job = %id, app = %job.app_id, kind = %job.kind, worker, "job claimed");
-    let outcome = engine.run_job(job, cancel).await;
+    let outcome = engine.run_job(job, held.clone(), cancel).await;
     renew.abort();
-    if outcome == JobOutcome::Interrupted && !lost.load(Ordering::SeqCst) {
-        // Shutdown: make the job claimable again right away.
-        if let Err(e) = engine
+    if outcome == JobOutcome::Interrupted {
+        // Shutdown (or a lost lease): make the job claimable again right away. The store
+        // refuses this when another worker holds the job now, which leaves it to that worker.
+        match engine
             .store()
             .job_retry_at(
                 &id,
@@ -410,8 +406,8 @@ pub async fn run_claimed(
             )
             .await
         {
-            // LeaseLost: another runner took it over meanwhile, which is what releasing is for.
-            tracing::warn!(job = %id, "cannot release the job: {e}");
+            Ok(()) | Err(StoreError::LeaseLost(_)) => {}
+            Err(e) => tracing::warn!(job = %id, "cannot release the job: {e}"),
         }
     }
     outcome

@@ -24,9 +24,11 @@ pub enum StoreError {
     /// The caller asked for something the store does not accept.
     #[error("invalid store request: {0}")]
     Invalid(String),
-    /// The job's lease ran out and the job was claimed again: this runner must stop working on
+    /// The job's lease ran out and the job was claimed again: this worker must stop working on
     /// it (the new holder carries on from the recorded steps).
-    #[error("job {0} was taken over by another runner after its lease ran out")]
+    #[error(
+        "job {0} was taken over by another worker after this one's lease ran out (promotion.lease_seconds)"
+    )]
     LeaseLost(String),
 }
 

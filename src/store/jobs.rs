@@ -14,6 +14,25 @@ fn json_text(v: &serde_json::Value) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Invalid(e.to_string()))
 }
 
+/// The condition under which a runner may write about job `$1`: it still holds the lease
+/// `$2` (owner) / `$3` (claim number). Statements using it start their own parameters at `$4`.
+macro_rules! lease_held {
+    () => {
+        "lease_owner = $2 AND claims = $3 AND status = 'running'"
+    };
+}
+
+/// `sqlx::query($sql)` with the job id and the lease bound as `$1`, `$2`, `$3` (see
+/// [`lease_held!`]).
+macro_rules! query_held {
+    ($sql:expr, $id:expr, $lease:expr) => {
+        sqlx::query($sql)
+            .bind($id)
+            .bind(&$lease.owner)
+            .bind(i64::from($lease.claim))
+    };
+}
+
 impl Store {
     /// Creates a job unless one with the same key exists. Returns its id and whether it was
     /// created now (`false`: the existing job's id).
@@ -152,15 +171,16 @@ impl Store {
         lease_ms: i64,
     ) -> Result<bool, StoreError> {
         let n = on_write!(self, |pool| {
-            sqlx::query(
-                "UPDATE jobs SET lease_until = $3, updated_at = $4 \
-                 WHERE id = $1 AND lease_owner = $2 AND claims = $5 AND status = 'running'",
+            query_held!(
+                concat!(
+                    "UPDATE jobs SET lease_until = $4, updated_at = $5 WHERE id = $1 AND ",
+                    lease_held!()
+                ),
+                id,
+                lease
             )
-            .bind(id)
-            .bind(&lease.owner)
             .bind(now_ms.saturating_add(lease_ms))
             .bind(now_ms)
-            .bind(i64::from(lease.claim))
             .execute(pool)
             .await?
             .rows_affected()
@@ -177,13 +197,14 @@ impl Store {
     ) -> Result<(), StoreError> {
         let state = json_text(state)?;
         let n = on_write!(self, |pool| {
-            sqlx::query(
-                "UPDATE jobs SET state = $4, updated_at = $5 \
-                 WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND status = 'running'",
+            query_held!(
+                concat!(
+                    "UPDATE jobs SET state = $4, updated_at = $5 WHERE id = $1 AND ",
+                    lease_held!()
+                ),
+                id,
+                lease
             )
-            .bind(id)
-            .bind(&lease.owner)
-            .bind(i64::from(lease.claim))
             .bind(&state)
             .bind(now_ms())
             .execute(pool)
@@ -203,14 +224,15 @@ impl Store {
         error: &str,
     ) -> Result<(), StoreError> {
         let n = on_write!(self, |pool| {
-            sqlx::query(
-                "UPDATE jobs SET status = 'retry', next_run_at = $4, last_error = $5, \
-                 lease_owner = NULL, lease_until = NULL, updated_at = $6 \
-                 WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND status = 'running'",
+            query_held!(
+                concat!(
+                    "UPDATE jobs SET status = 'retry', next_run_at = $4, last_error = $5, \
+                     lease_owner = NULL, lease_until = NULL, updated_at = $6 WHERE id = $1 AND ",
+                    lease_held!()
+                ),
+                id,
+                lease
             )
-            .bind(id)
-            .bind(&lease.owner)
-            .bind(i64::from(lease.claim))
             .bind(next_run_ms)
             .bind(error)
             .bind(now_ms())
@@ -236,14 +258,15 @@ impl Store {
         }
         let now = now_ms();
         let n = on_write!(self, |pool| {
-            sqlx::query(
-                "UPDATE jobs SET status = $4, last_error = $5, lease_owner = NULL, \
-                 lease_until = NULL, finished_at = $6, updated_at = $6 \
-                 WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND status = 'running'",
+            query_held!(
+                concat!(
+                    "UPDATE jobs SET status = $4, last_error = $5, lease_owner = NULL, \
+                     lease_until = NULL, finished_at = $6, updated_at = $6 WHERE id = $1 AND ",
+                    lease_held!()
+                ),
+                id,
+                lease
             )
-            .bind(id)
-            .bind(&lease.owner)
-            .bind(i64::from(lease.claim))
             .bind(status.as_str())
             .bind(error)
             .bind(now)
@@ -276,17 +299,19 @@ impl Store {
     ) -> Result<(), StoreError> {
         let n = on_write!(self, |pool| {
             // SQLite needs the `WHERE` before `ON CONFLICT` in an INSERT ... SELECT.
-            sqlx::query(
-                "INSERT INTO job_steps (job_id, step_key, detail, outcome, result, started_at) \
-                 SELECT $1, $4, $5, 'running', 'null', $6 WHERE EXISTS (SELECT 1 FROM jobs \
-                   WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND status = 'running') \
-                 ON CONFLICT (job_id, step_key) DO UPDATE SET detail = excluded.detail, \
-                 outcome = 'running', result = 'null', started_at = excluded.started_at, \
-                 finished_at = NULL",
+            query_held!(
+                concat!(
+                    "INSERT INTO job_steps (job_id, step_key, detail, outcome, result, \
+                     started_at) SELECT $1, $4, $5, 'running', 'null', $6 \
+                     WHERE EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND ",
+                    lease_held!(),
+                    ") ON CONFLICT (job_id, step_key) DO UPDATE SET detail = excluded.detail, \
+                     outcome = 'running', result = 'null', started_at = excluded.started_at, \
+                     finished_at = NULL"
+                ),
+                job_id,
+                lease
             )
-            .bind(job_id)
-            .bind(&lease.owner)
-            .bind(i64::from(lease.claim))
             .bind(step_key)
             .bind(detail)
             .bind(now_ms())
@@ -308,16 +333,18 @@ impl Store {
     ) -> Result<(), StoreError> {
         let result = json_text(result)?;
         let n = on_write!(self, |pool| {
-            sqlx::query(
-                "INSERT INTO job_steps (job_id, step_key, detail, outcome, result, started_at, \
-                 finished_at) SELECT $1, $4, '', $5, $6, $7, $7 WHERE EXISTS (SELECT 1 FROM jobs \
-                   WHERE id = $1 AND lease_owner = $2 AND claims = $3 AND status = 'running') \
-                 ON CONFLICT (job_id, step_key) DO UPDATE SET outcome = excluded.outcome, \
-                 result = excluded.result, finished_at = excluded.finished_at",
+            query_held!(
+                concat!(
+                    "INSERT INTO job_steps (job_id, step_key, detail, outcome, result, \
+                     started_at, finished_at) SELECT $1, $4, '', $5, $6, $7, $7 \
+                     WHERE EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND ",
+                    lease_held!(),
+                    ") ON CONFLICT (job_id, step_key) DO UPDATE SET outcome = excluded.outcome, \
+                     result = excluded.result, finished_at = excluded.finished_at"
+                ),
+                job_id,
+                lease
             )
-            .bind(job_id)
-            .bind(&lease.owner)
-            .bind(i64::from(lease.claim))
             .bind(step_key)
             .bind(outcome)
             .bind(&result)
